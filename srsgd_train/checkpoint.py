@@ -1,0 +1,215 @@
+"""Atomic, verified checkpoints on any fsspec URL.
+
+    <run>/checkpoints/step_00012000/
+        <files...>          written first (model.pt, optim.pt, train_state.json, rng/rank_*.pt)
+        MANIFEST.json       written last: every file's size and sha256, step, world size,
+                            package versions, recipe hash
+    <run>/checkpoints/latest   the newest folder's name, replaced only after its MANIFEST
+
+A checkpoint folder without a valid MANIFEST does not exist. Loading verifies sizes and
+checksums first and never unpickles code (``torch.load(weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import platform
+import posixpath
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+
+from srsgd_train.errors import UserError
+
+MANIFEST = "MANIFEST.json"
+LATEST = "latest"
+STEP_DIR = re.compile(r"^step_(\d{8,})$")
+FORMAT_VERSION = 1
+
+
+class CheckpointError(UserError):
+    pass
+
+
+def to_bytes(obj: Any) -> bytes:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def from_bytes(data: bytes, map_location: Any = "cpu") -> Any:
+    import torch
+
+    return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+
+
+def file_entry(name: str, data: bytes) -> dict[str, Any]:
+    return {"path": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def versions() -> dict[str, str]:
+    import torch
+
+    from srsgd_train import __version__
+
+    return {"srsgd_train": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+@dataclass
+class Checkpoint:
+    """A verified checkpoint folder."""
+
+    fs: Any
+    path: str
+    manifest: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return int(self.manifest["step"])
+
+    def read(self, name: str) -> bytes:
+        entry = next((f for f in self.manifest["files"] if f["path"] == name), None)
+        if entry is None:
+            raise CheckpointError(f"Checkpoint {self.path} has no file {name!r} in its manifest.")
+        data = self.fs.cat_file(posixpath.join(self.path, name))
+        if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise CheckpointError(
+                f"Checkpoint file {posixpath.join(self.path, name)} does not match its manifest "
+                "(truncated, corrupted or modified)."
+            )
+        return data
+
+    def load(self, name: str, map_location: Any = "cpu") -> Any:
+        return from_bytes(self.read(name), map_location)
+
+    def load_json(self, name: str) -> Any:
+        return json.loads(self.read(name))
+
+    def has(self, name: str) -> bool:
+        return any(f["path"] == name for f in self.manifest["files"])
+
+
+def open_folder(fs: Any, path: str, verify: bool = True) -> Checkpoint:
+    """Open a checkpoint folder, checking its manifest (and with ``verify`` every file)."""
+    path = path.rstrip("/")
+    mpath = posixpath.join(path, MANIFEST)
+    if not fs.exists(mpath):
+        raise CheckpointError(f"{path} is not a checkpoint: it has no {MANIFEST} (an unfinished save?).")
+    try:
+        manifest = json.loads(fs.cat_file(mpath))
+        _ = int(manifest["step"]), list(manifest["files"])
+    except (ValueError, KeyError, TypeError):
+        raise CheckpointError(f"{mpath} is not a valid manifest.") from None
+    ckpt = Checkpoint(fs, path, manifest)
+    if verify:
+        for entry in manifest["files"]:
+            ckpt.read(entry["path"])
+    return ckpt
+
+
+class CheckpointStore:
+    """The checkpoints folder of one run directory (local path or any fsspec URL)."""
+
+    def __init__(self, run_dir: str, keep: int = 3) -> None:
+        self.fs, root = fsspec.core.url_to_fs(run_dir)
+        self.root = root.rstrip("/") or "/"
+        self.dir = posixpath.join(self.root, "checkpoints")
+        self.keep = keep
+        self.protected: set[str] = set()  # never deleted: the checkpoint we resumed from
+
+    # -- writing ------------------------------------------------------------------------
+    def folder(self, step: int) -> str:
+        return posixpath.join(self.dir, f"step_{step:08d}")
+
+    def begin(self, step: int) -> str:
+        """Prepare an empty folder for ``step`` (a folder left by a crashed save is removed)."""
+        path = self.folder(step)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+        self.fs.makedirs(path, exist_ok=True)
+        return path
+
+    def write_file(self, folder: str, name: str, data: bytes) -> dict[str, Any]:
+        target = posixpath.join(folder, name)
+        self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+        with self.fs.open(target, "wb") as f:
+            f.write(data)
+        return file_entry(name, data)
+
+    def commit(self, folder: str, step: int, entries: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+        """Write MANIFEST last, then move ``latest``, then apply retention."""
+        manifest = {"format": FORMAT_VERSION, "step": step, "created": time.time(),
+                    "files": sorted(entries, key=lambda e: e["path"]), "versions": versions(), **meta}
+        self._atomic_write(posixpath.join(folder, MANIFEST), json.dumps(manifest, indent=1).encode())
+        self._atomic_write(posixpath.join(self.dir, LATEST), posixpath.basename(folder).encode())
+        self.prune()
+
+    def _atomic_write(self, path: str, data: bytes) -> None:
+        tmp = f"{path}.tmp"
+        with self.fs.open(tmp, "wb") as f:
+            f.write(data)
+        if self.fs.exists(path):
+            self.fs.rm(path)
+        self.fs.mv(tmp, path)
+
+    def prune(self) -> None:
+        steps = self.steps(valid_only=True)
+        for folder in steps[:-self.keep]:
+            if folder not in self.protected:
+                self.fs.rm(folder, recursive=True)
+
+    # -- reading ------------------------------------------------------------------------
+    def steps(self, valid_only: bool = False) -> list[str]:
+        if not self.fs.isdir(self.dir):
+            return []
+        out = []
+        for p in self.fs.ls(self.dir, detail=False):
+            name = posixpath.basename(p.rstrip("/"))
+            if STEP_DIR.match(name) and (not valid_only or self.fs.exists(posixpath.join(p, MANIFEST))):
+                out.append(posixpath.join(self.dir, name))
+        return sorted(out)
+
+    def open(self, path: str, verify: bool = True) -> Checkpoint:
+        return open_folder(self.fs, path, verify)
+
+    def latest_valid(self, log: Any = None) -> Checkpoint | None:
+        """Newest checkpoint that verifies; older ones are tried when newer ones fail."""
+        candidates = self.steps()
+        pointer = posixpath.join(self.dir, LATEST)
+        if self.fs.exists(pointer):
+            named = posixpath.join(self.dir, self.fs.cat_file(pointer).decode().strip())
+            if named in candidates:  # the pointer first, then anything newer or older
+                candidates.remove(named)
+                candidates.append(named)
+                candidates.sort()
+        for path in reversed(candidates):
+            try:
+                return self.open(path)
+            except CheckpointError as e:
+                if log:
+                    log(f"skipping checkpoint {path}: {e} Falling back to the previous one.")
+        return None
+
+
+def open_checkpoint(url: str, verify: bool = True) -> Checkpoint:
+    """Open a checkpoint folder, or the latest valid checkpoint of a run dir (or of its
+    ``checkpoints/`` folder)."""
+    fs, path = fsspec.core.url_to_fs(url)
+    path = path.rstrip("/")
+    if fs.exists(posixpath.join(path, MANIFEST)):
+        return open_folder(fs, path, verify)
+    if not fs.exists(path):
+        raise CheckpointError(f"{url} does not exist.")
+    run_dir = posixpath.dirname(path) if posixpath.basename(path) == "checkpoints" else path
+    store = CheckpointStore(fs.unstrip_protocol(run_dir))
+    ckpt = store.latest_valid()
+    if ckpt is None:
+        raise CheckpointError(f"{url} holds no valid checkpoint (no folder with a verified {MANIFEST}).")
+    return ckpt

@@ -1,0 +1,152 @@
+"""`srsgd-train`: parse, call one library function per command, render with rich.
+No training logic lives here. Heavy imports (torch) happen inside commands so that
+``srsgd-train --help`` answers at once."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False,
+    help="Train image classifiers with SRSGD (Scheduled Restart SGD): the paper's recipes, "
+         "exact resume, multi-node launch.",
+)
+
+SetOpt = typer.Option(None, "--set", help="Override a recipe key, e.g. --set optimizer.lr=0.05 (repeatable).")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+@app.command()
+def run(
+    recipe: str = typer.Argument("quickstart", help="Recipe file or bundled name (default: the CPU quickstart)."),
+    set_: Optional[List[str]] = SetOpt,
+    run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Run directory or fsspec URL (default runs/<recipe name>)."),
+    resume: str = typer.Option("auto", "--resume", help="auto (latest valid checkpoint) | none | PATH of a checkpoint."),
+    force: bool = typer.Option(False, "--force", help="With --resume none: delete an existing run in the run dir."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar / log lines."),
+) -> None:
+    """Train (resuming automatically from the run dir's latest valid checkpoint)."""
+    from srsgd_train.recipe import load_recipe
+    from srsgd_train.train import run_training
+
+    r = load_recipe(recipe, set_ or [])
+    result = run_training(r, run_dir, resume=resume, force=force, show_progress=progress)
+    if result.get("status") == "preempted":
+        print(f"stopped by signal at step {result['step']}; checkpoint {result['checkpoint']}. "
+              "Run the same command to resume.")
+        return
+    ev = result.get("eval") or {}
+    if ev and result.get("rank", 0) == 0:
+        print(f"finished at step {result['step']}: test top-1 error {ev['top1_err']:.2f}%, "
+              f"top-5 error {ev['top5_err']:.2f}%, loss {ev['loss']:.4f}")
+
+
+@app.command()
+def schedule(
+    recipe: str = typer.Argument(..., help="Recipe file or bundled name."),
+    set_: Optional[List[str]] = SetOpt,
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of LR and momentum against step."),
+    steps_per_epoch: Optional[int] = typer.Option(None, help="Override the steps per epoch (default: dataset size / batch)."),
+) -> None:
+    """Print the LR / restart-period plan of a recipe, before any GPU time is spent."""
+    from srsgd_train.plan import build_plan, plot_plan, stage_rows
+    from srsgd_train.recipe import load_recipe
+
+    r = load_recipe(recipe, set_ or [])
+    plan = build_plan(r, steps_per_epoch)
+    from rich.table import Table
+
+    t = Table(title=f"{r.name}: {plan.epochs} epochs x {plan.steps_per_epoch} steps "
+                    f"(batch {r.data.batch_size}, {r.optimizer.name})")
+    for col in ("stage", "epochs", "steps", "LR", "restart period F", "restarts"):
+        t.add_column(col)
+    for row in stage_rows(r, plan):
+        t.add_row(*[str(v) for v in row])
+    _console().print(t)
+    if plot:
+        plot_plan(r, plan, plot)
+        print(f"plot written to {plot}")
+
+
+@app.command()
+def recipes(name: Optional[str] = typer.Argument(None, help="Show this recipe fully resolved (extends + defaults)."),
+            set_: Optional[List[str]] = SetOpt) -> None:
+    """List the bundled recipes, or show one resolved."""
+    from srsgd_train.recipe import bundled_recipes, load_recipe
+
+    if name:
+        print(load_recipe(name, set_ or []).to_yaml(), end="")
+        return
+    from rich.table import Table
+
+    t = Table(title="bundled recipes (srsgd-train run NAME)")
+    t.add_column("name")
+    t.add_column("description")
+    for p in bundled_recipes():
+        t.add_row(p.stem, load_recipe(p).description)
+    _console().print(t)
+
+
+@app.command()
+def inspect(path: str = typer.Argument(..., help="Checkpoint folder, run dir, or fsspec URL."),
+            as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """What a checkpoint holds, verified against its manifest: step, LR, restart phase."""
+    from srsgd_train.inspect import describe
+
+    info = describe(path)
+    if as_json:
+        print(json.dumps(info, indent=1))
+        return
+    ts, ph = info["train_state"], info["train_state"]["restart_phase"]
+    lines = [
+        f"checkpoint   {info['path']}  (verified: {info['verified_files']} files, {info['bytes']} bytes)",
+        f"step         {ts['step']} of {ts['total_steps']}  (applied optimizer steps {ts['applied_steps']})",
+        f"epoch        {ts['epoch']}, step {ts['step_in_epoch']} of the epoch",
+        f"lr           {ts['lr']:.6g}   optimizer {ts['optimizer']}",
+        f"restart      c={ph['iter_count']} F={ph['restart_period']} stage={ph['stage']} "
+        f"momentum={ph['momentum']}  next restart in {ph['steps_to_next_restart']} steps",
+        f"world size   {info['world_size']}   recipe hash {info['recipe_hash']}   saved on {info['reason']}",
+    ]
+    print("\n".join(lines))
+
+
+@app.command()
+def version() -> None:
+    """Print versions."""
+    from importlib.metadata import version as v
+
+    from srsgd_train import __version__
+
+    print(f"srsgd-train {__version__}")
+    for pkg in ("torch", "torchvision"):
+        try:
+            print(f"{pkg} {v(pkg)}")
+        except Exception:
+            print(f"{pkg} (not installed)")
+
+
+def main() -> None:
+    from srsgd_train.errors import UserError
+
+    try:
+        app()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

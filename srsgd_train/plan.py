@@ -57,18 +57,29 @@ def plot_plan(recipe: Recipe, plan: RestartPlan, out: Path) -> None:
     lr = LRSchedule(recipe.optimizer.lr, s.milestones, s.gamma, plan.steps_per_epoch, s.warmup_epochs)
     stride = max(1, plan.total_steps // 20000)  # a plot needs no more points than pixels
     steps = list(range(0, plan.total_steps, stride))
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(10, 8))
     ax1.semilogy(steps, [lr.lr_at(k) for k in steps])
     ax1.set_ylabel("learning rate")
-    ax1.set_title(f"{recipe.name}: LR and momentum per step")
+    ax1.set_title(f"{recipe.name}: LR, restart period and momentum per step")
+    ax1.set_xlabel("optimizer step")
     if recipe.optimizer.name == "srsgd":
         t = plan.table()
-        ax2.plot(t.step, t.momentum, linewidth=0.3)
-        ax2.set_ylabel("momentum mu = (c-1)/(c+2)")
+        ax2.plot(steps, [plan.period_at(k) for k in steps])
+        ax2.set_ylabel("restart period F")
+        ax2.set_xlabel("optimizer step")
+        # the saw-tooth is unreadable over a whole run: show the start of every stage
+        window = min(plan.steps_per_epoch * 2, 3 * max(plan.periods))
+        starts = [m * plan.steps_per_epoch for m in (0, *plan.milestones)]
+        for s0 in starts:
+            ks = range(s0, min(s0 + window, plan.total_steps))
+            ax3.plot([k - s0 for k in ks], [t.momentum[k] for k in ks], label=f"from step {s0}")
+        ax3.legend(fontsize=8)
+        ax3.set_xlabel("steps into the LR stage")
+        ax3.set_ylabel("momentum (c-1)/(c+2)")
     else:
-        ax2.plot(steps, [recipe.optimizer.momentum] * len(steps))
-        ax2.set_ylabel("momentum")
-    ax2.set_xlabel("optimizer step")
+        for ax in (ax2, ax3):
+            ax.plot(steps, [recipe.optimizer.momentum] * len(steps))
+            ax.set_ylabel("momentum")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(out, dpi=100)

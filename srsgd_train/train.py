@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import posixpath
 import signal
 import time
@@ -78,6 +79,14 @@ def optimizer_factory(recipe: Recipe) -> Callable[[Any], torch.optim.Optimizer]:
         return SRSGD(params, restart_period=40, flat=o.flat, **common)  # F is set by the schedule
 
     return make
+
+
+def _fault(kind: str, step: int) -> None:
+    """Fault injection for the resume tests: SRSGD_TRAIN_FAULT="kill_at_step=N" or
+    "kill_in_save=N" sends this process a real SIGKILL at that point."""
+    spec = os.environ.get("SRSGD_TRAIN_FAULT", "")
+    if spec and spec == f"{kind}={step}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class StopFlag:
@@ -176,6 +185,9 @@ class Trainer:
                        "scaler": b.scaler.state_dict(), "train_state": asdict(self.state)}
             entries += [
                 self.store.write_file(folder, "model.pt", to_bytes(model_state)),
+            ]
+            _fault("kill_in_save", step)
+            entries += [
                 self.store.write_file(folder, "optim.pt", to_bytes(optim_state)),
                 self.store.write_file(folder, "trainer.pt", to_bytes(trainer)),
                 self.store.write_file(folder, "train_state.json", json.dumps(self.train_state_record(), indent=1).encode()),
@@ -332,6 +344,7 @@ class Trainer:
                         self.restart.step()
                 st.step += 1
                 st.step_in_epoch += 1
+                _fault("kill_at_step", st.step)
                 meter.add(x.shape[0] * b.world_size)
                 if st.step % r.run.log_every == 0 or st.step == end_step:
                     c = phase[0]

@@ -90,8 +90,11 @@ class _SafeUnpickler(pickle.Unpickler):
 
 
 def _read_cifar_file(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return _SafeUnpickler(f, encoding="latin1").load()
+    try:
+        with open(path, "rb") as f:
+            return _SafeUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise UserError(f"{path} is not a CIFAR python batch file ({e}).") from None
 
 
 def cifar_datasets(name: str, root: str | None, augment: bool) -> tuple[Dataset, Dataset, dict[str, Any]]:

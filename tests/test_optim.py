@@ -4,7 +4,7 @@ import io
 import pytest
 import torch
 
-from reference_srsgd import ReferenceSRSGD
+from srsgd_train.optim.reference import ReferenceSRSGD
 from srsgd_train import ARSGD, NASGD, SRSGD
 from srsgd_train.optim import momentum_of
 
@@ -142,7 +142,7 @@ def test_flat_and_nonflat_state_dicts_are_interchangeable():
     train(model, opt, data)
     model2 = copy.deepcopy(model)
     opt2 = SRSGD(model2.parameters(), lr=0.1, restart_period=6)
-    opt2.load_state_dict(opt.state_dict())
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))  # state_dict holds live tensors, as in torch
     more = batches(5, seed=7)
     train(model, opt, more)
     train(model2, opt2, more)

@@ -12,12 +12,14 @@ Counting. ``counting="paper"`` (default) restarts every ``F`` steps as eq. (8)/(
 ``update_iter`` resets once ``c >= F``, so ``c`` runs 1..F-1 (period F-1).
 
 Implementations (same maths, same results to fp32 rounding):
-``impl="foreach"`` (default; grouped by device and dtype like ``torch.optim.SGD``),
-``impl="single"`` (a loop over tensors) and ``impl="fused"`` (one ``torch.compile``-d pass
-that reads p, g, v once and writes p, v once; lr, wd and mu are 0-d tensors so a new value
-does not recompile). ``flat=True`` keeps each group's parameters, gradients and buffers in
-one contiguous tensor per device/dtype, which removes per-tensor overhead for models with
-thousands of small tensors (Pre-ResNet-1001).
+``impl="foreach"`` (default; grouped by device and dtype like ``torch.optim.SGD``, the same
+number of memory passes and one parameter-sized temporary per step, as SGD with weight
+decay), ``impl="single"`` (a loop over tensors) and ``impl="fused"`` (a ``torch.compile``-d
+program that reads p, g, v once and writes p, v once; lr, wd and mu are 0-d tensors, so a
+new value does not recompile). ``flat=True`` keeps each group's parameters, gradients and
+buffers in one contiguous tensor per device/dtype and updates it in cache-sized chunks
+without temporaries, which removes the per-tensor overhead that dominates for models with
+thousands of small tensors (Pre-ResNet-1001). See ``bench/optimizer_step.py``.
 """
 
 from __future__ import annotations
@@ -160,20 +162,14 @@ class SRSGD(Optimizer):
                 loss = closure()
         for group in self.param_groups:
             mu = momentum_of(group["iter_count"])
+            lr, wd = group["lr"], group["weight_decay"]
             if self.flat is not None and self.flat.owns(group):
-                params, grads, bufs = self.flat.tensors(group, self.state)
+                self.flat.step(group, self.state, lr, wd, mu)
             else:
                 params, grads, bufs = self._init_group(group)
-            if params:
-                srsgd_update(
-                    params, grads, bufs, lr=group["lr"], weight_decay=group["weight_decay"],
-                    momentum=mu, impl=group["impl"],
-                )
-                # the foreach/single paths produce a fresh v; store it as the buffer
-                if self.flat is not None and self.flat.owns(group):
-                    self.flat.store_buffers(group, self.state, bufs)
-                else:
-                    for p, v in zip(params, bufs):
+                if params:
+                    srsgd_update(params, grads, bufs, lr=lr, weight_decay=wd, momentum=mu, impl=group["impl"])
+                    for p, v in zip(params, bufs):  # foreach/single put v_{k+1} in a new tensor
                         self.state[p]["momentum_buffer"] = v
             self._advance(group)
         return loss
@@ -215,24 +211,35 @@ def srsgd_update(
     if impl == "fused":
         from srsgd_train.optim.fused import fused_srsgd_
 
-        fused_srsgd_(params, grads, bufs, lr=lr, weight_decay=weight_decay, momentum=momentum)
-        return
+        if fused_srsgd_(params, grads, bufs, lr=lr, weight_decay=weight_decay, momentum=momentum):
+            return
+        impl = "foreach"
     if impl == "foreach":
         _foreach_srsgd(params, grads, bufs, lr, weight_decay, momentum)
         return
     _single_tensor_srsgd(params, grads, bufs, lr, weight_decay, momentum)
 
 
+# Both paths below make 11 passes over memory with weight decay (8 without) and allocate
+# one parameter-sized tensor per step, like torch.optim.SGD's foreach path:
+#   d = g + wd * p            (new tensor; later becomes the buffer v_{k+1})
+#   p = p - lr * d            (p now holds v_{k+1})
+#   d <- p                    (d holds v_{k+1})
+#   p = p + mu * (p - v_k)    (lerp towards v_k with weight -mu: p = w_{k+1})
+# and v_k's tensor is released. Without weight decay, d starts as p - lr * g.
+
+
 def _single_tensor_srsgd(params, grads, bufs, lr, wd, mu) -> None:
     for i, (p, g, v_old) in enumerate(zip(params, grads, bufs)):
-        # v_new = p - lr * (g + wd * p), formed in one expression (no separate decay pass)
         if wd != 0.0:
-            v_new = torch.add(g, p, alpha=wd).mul_(-lr).add_(p)
+            d = torch.add(g, p, alpha=wd)
+            p.add_(d, alpha=-lr)
+            d.copy_(p)
         else:
-            v_new = torch.add(p, g, alpha=-lr)
-        # p = v_new + mu * (v_new - v_old) == lerp(v_old, v_new, 1 + mu), written in place
-        p.copy_(v_old).lerp_(v_new, 1.0 + mu)
-        bufs[i] = v_new
+            d = torch.add(p, g, alpha=-lr)
+            p.copy_(d)
+        p.lerp_(v_old, -mu)
+        bufs[i] = d
 
 
 def _foreach_srsgd(params, grads, bufs, lr, wd, mu) -> None:
@@ -241,12 +248,12 @@ def _foreach_srsgd(params, grads, bufs, lr, wd, mu) -> None:
     grouped = _group_tensors_by_device_and_dtype([params, grads, bufs], with_indices=True)
     for (_device, _dtype), ((ps, gs, vs), idx) in grouped.items():
         if wd != 0.0:
-            v_new = torch._foreach_add(gs, ps, alpha=wd)
-            torch._foreach_mul_(v_new, -lr)
-            torch._foreach_add_(v_new, ps)
+            ds = torch._foreach_add(gs, ps, alpha=wd)
+            torch._foreach_add_(ps, ds, alpha=-lr)
+            torch._foreach_copy_(ds, ps)
         else:
-            v_new = torch._foreach_add(ps, gs, alpha=-lr)
-        torch._foreach_copy_(ps, vs)
-        torch._foreach_lerp_(ps, v_new, 1.0 + mu)
-        for i, v in zip(idx, v_new):
-            bufs[i] = v
+            ds = torch._foreach_add(ps, gs, alpha=-lr)
+            torch._foreach_copy_(ps, ds)
+        torch._foreach_lerp_(ps, vs, -mu)
+        for i, d in zip(idx, ds):
+            bufs[i] = d

@@ -1,4 +1,4 @@
-"""A faithful re-implementation of the paper's Appendix F SRSGD, kept for comparison tests.
+"""The paper's Appendix F SRSGD, re-implemented faithfully, for comparisons and benchmarks.
 
 Only the API of ``Tensor.add_`` is modernised. Its quirks are kept on purpose: the counter
 advances for the first group only, resets once ``iter_count >= restarting_iter`` (period

@@ -19,7 +19,8 @@ import platform
 import posixpath
 import re
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
@@ -54,12 +55,45 @@ def file_entry(name: str, data: bytes) -> dict[str, Any]:
     return {"path": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
+class HashingWriter:
+    """File wrapper that hashes what passes through it. A large chunk is hashed on a
+    helper thread while the main thread writes it (both release the GIL), and ``write``
+    returns only when both are done, so the caller's buffer is never read late."""
+
+    BIG = 1 << 20
+
+    def __init__(self, f: Any, pool: ThreadPoolExecutor) -> None:
+        self.f, self.size, self.pool = f, 0, pool
+        self._sha = hashlib.sha256()
+
+    def write(self, data: Any) -> int:
+        self.size += len(data)
+        if len(data) < self.BIG:
+            self._sha.update(data)
+            return self.f.write(data)
+        pending = self.pool.submit(self._sha.update, data)
+        n = self.f.write(data)
+        pending.result()
+        return n
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+
 def versions() -> dict[str, str]:
     import torch
 
     from srsgd_train import __version__
 
     return {"srsgd_train": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def _is_local(fs: Any) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols
 
 
 @dataclass
@@ -69,25 +103,59 @@ class Checkpoint:
     fs: Any
     path: str
     manifest: dict[str, Any]
+    verified: set[str] = field(default_factory=set)
 
     @property
     def step(self) -> int:
         return int(self.manifest["step"])
 
-    def read(self, name: str) -> bytes:
+    def _entry(self, name: str) -> dict[str, Any]:
         entry = next((f for f in self.manifest["files"] if f["path"] == name), None)
         if entry is None:
             raise CheckpointError(f"Checkpoint {self.path} has no file {name!r} in its manifest.")
+        return entry
+
+    def _mismatch(self, name: str) -> CheckpointError:
+        return CheckpointError(
+            f"Checkpoint file {posixpath.join(self.path, name)} does not match its manifest "
+            "(truncated, corrupted or modified)."
+        )
+
+    def read(self, name: str) -> bytes:
+        entry = self._entry(name)
         data = self.fs.cat_file(posixpath.join(self.path, name))
-        if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise CheckpointError(
-                f"Checkpoint file {posixpath.join(self.path, name)} does not match its manifest "
-                "(truncated, corrupted or modified)."
-            )
+        if len(data) != entry["size"]:
+            raise self._mismatch(name)
+        if name not in self.verified:  # each file is hashed once per open
+            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                raise self._mismatch(name)
+            self.verified.add(name)
         return data
 
+    def verify(self, name: str) -> None:
+        self.read(name)
+
     def load(self, name: str, map_location: Any = "cpu") -> Any:
-        return from_bytes(self.read(name), map_location)
+        """Read, verify and deserialize; hashing runs beside deserialization (on a thread)
+        and the result is used only if the hash matches."""
+        entry = self._entry(name)
+        data = self.fs.cat_file(posixpath.join(self.path, name))
+        if len(data) != entry["size"]:
+            raise self._mismatch(name)
+        if name in self.verified:
+            return from_bytes(data, map_location)
+        with ThreadPoolExecutor(1) as pool:
+            digest = pool.submit(lambda: hashlib.sha256(data).hexdigest())
+            try:
+                obj, error = from_bytes(data, map_location), None
+            except Exception as e:  # judged after the hash: a corrupt file is a user error
+                obj, error = None, e
+            if digest.result() != entry["sha256"]:
+                raise self._mismatch(name)
+        if error is not None:
+            raise CheckpointError(f"Checkpoint file {posixpath.join(self.path, name)} cannot be loaded: {error}")
+        self.verified.add(name)
+        return obj
 
     def load_json(self, name: str) -> Any:
         return json.loads(self.read(name))
@@ -110,7 +178,7 @@ def open_folder(fs: Any, path: str, verify: bool = True) -> Checkpoint:
     ckpt = Checkpoint(fs, path, manifest)
     if verify:
         for entry in manifest["files"]:
-            ckpt.read(entry["path"])
+            ckpt.verify(entry["path"])
     return ckpt
 
 
@@ -142,6 +210,18 @@ class CheckpointStore:
         with self.fs.open(target, "wb") as f:
             f.write(data)
         return file_entry(name, data)
+
+    def write_object(self, folder: str, name: str, obj: Any) -> dict[str, Any]:
+        """torch.save ``obj`` straight into the file, hashing on the way."""
+        import torch
+
+        target = posixpath.join(folder, name)
+        self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+        opener = open if _is_local(self.fs) else self.fs.open  # fsspec's local writer copies twice
+        with opener(target, "wb") as f, ThreadPoolExecutor(1) as pool:
+            w = HashingWriter(f, pool)
+            torch.save(obj, w)
+        return {"path": name, "size": w.size, "sha256": w.hexdigest()}
 
     def commit(self, folder: str, step: int, entries: list[dict[str, Any]], meta: dict[str, Any]) -> None:
         """Write MANIFEST last, then move ``latest``, then apply retention."""
@@ -179,17 +259,13 @@ class CheckpointStore:
     def open(self, path: str, verify: bool = True) -> Checkpoint:
         return open_folder(self.fs, path, verify)
 
+    def candidates(self) -> list[str]:
+        """Checkpoint folders, newest first (folders without a manifest are not listed)."""
+        return list(reversed(self.steps(valid_only=True)))
+
     def latest_valid(self, log: Any = None) -> Checkpoint | None:
-        """Newest checkpoint that verifies; older ones are tried when newer ones fail."""
-        candidates = self.steps()
-        pointer = posixpath.join(self.dir, LATEST)
-        if self.fs.exists(pointer):
-            named = posixpath.join(self.dir, self.fs.cat_file(pointer).decode().strip())
-            if named in candidates:  # the pointer first, then anything newer or older
-                candidates.remove(named)
-                candidates.append(named)
-                candidates.sort()
-        for path in reversed(candidates):
+        """Newest checkpoint whose files all verify; older ones are tried when newer ones fail."""
+        for path in self.candidates():
             try:
                 return self.open(path)
             except CheckpointError as e:

@@ -24,7 +24,7 @@ import torch
 
 from srsgd_train import rng
 from srsgd_train.backends import build_backend
-from srsgd_train.checkpoint import Checkpoint, CheckpointError, CheckpointStore, open_checkpoint, to_bytes
+from srsgd_train.checkpoint import Checkpoint, CheckpointError, CheckpointStore, open_checkpoint
 from srsgd_train.data import GlobalBatchSampler, build_datasets, build_loader, shard_range
 from srsgd_train.errors import UserError
 from srsgd_train.lr_schedule import LRSchedule
@@ -177,19 +177,19 @@ class Trainer:
         if b.is_main:
             self.store.begin(step)
         b.barrier()
-        entries = [self.store.write_file(folder, f"rng/rank_{b.rank:05d}.pt", to_bytes(rng.capture()))]
+        entries = [self.store.write_object(folder, f"rng/rank_{b.rank:05d}.pt", rng.capture())]
         model_state = b.model_state()
         optim_state = b.optimizer_state()
         if b.is_main:
             trainer = {"restart": self.restart.state_dict() if self.restart else None,
                        "scaler": b.scaler.state_dict(), "train_state": asdict(self.state)}
             entries += [
-                self.store.write_file(folder, "model.pt", to_bytes(model_state)),
+                self.store.write_object(folder, "model.pt", model_state),
             ]
             _fault("kill_in_save", step)
             entries += [
-                self.store.write_file(folder, "optim.pt", to_bytes(optim_state)),
-                self.store.write_file(folder, "trainer.pt", to_bytes(trainer)),
+                self.store.write_object(folder, "optim.pt", optim_state),
+                self.store.write_object(folder, "trainer.pt", trainer),
                 self.store.write_file(folder, "train_state.json", json.dumps(self.train_state_record(), indent=1).encode()),
                 self.store.write_file(folder, "recipe.json", json.dumps(self.recipe.to_dict()).encode()),
             ]
@@ -202,7 +202,8 @@ class Trainer:
         self.last_saved_step = step
         return folder
 
-    def _choose_checkpoint(self) -> Checkpoint | None:
+    def _candidates(self) -> list[str]:
+        """Checkpoints to try, newest first (``--resume auto``), or the one asked for."""
         mode = self.resume_mode
         if mode == "none":
             has_run = self.store.steps() or self.fs.exists(posixpath.join(self.root, "metrics.jsonl"))
@@ -216,34 +217,61 @@ class Trainer:
                 for p in self.store.steps() + [posixpath.join(self.root, "metrics.jsonl")]:
                     if self.fs.exists(p):
                         self.fs.rm(p, recursive=True)
-            return None
+            return []
         if mode == "auto":
-            ckpt = self.store.latest_valid(log=self.log)
-            if ckpt is None and self.store.steps():
-                raise CheckpointError(
-                    f"Run dir {self.run_dir} has checkpoints but none verifies. Inspect them with "
-                    "`srsgd-train inspect`, or start over with --resume none --force."
-                )
-            return ckpt
-        return open_checkpoint(mode)
+            return self.store.candidates()
+        return [open_checkpoint(mode, verify=False).path]
 
     def maybe_resume(self) -> None:
-        ckpt = self._choose_checkpoint()
-        self.backend.barrier()
-        if ckpt is None:
-            return
-        self._check_recipe(ckpt)
+        """Load the newest checkpoint that verifies. Every file is checked against the
+        manifest while it is read (hashing beside deserialization); a checkpoint with a
+        bad file is skipped, with a message, for the one before it."""
         b = self.backend
-        b.load_model_state(ckpt.load("model.pt", map_location=b.device))
-        b.load_optimizer_state(ckpt.load("optim.pt", map_location=b.device))
-        trainer = ckpt.load("trainer.pt")
+        candidates = self._candidates()
+        b.barrier()
+        for path in candidates:
+            try:
+                ckpt = self.store.open(path, verify=False)
+                parts = self._read_checkpoint(ckpt)
+                ok = True
+            except CheckpointError as e:
+                if self.resume_mode != "auto":
+                    raise
+                self.log(f"skipping checkpoint {path}: {e} Falling back to the previous one.")
+                ok = False
+            if all(b.all_gather_object(ok)):
+                self._apply_checkpoint(ckpt, parts)
+                return
+        if candidates or self.store.steps():
+            raise CheckpointError(
+                f"Run dir {self.run_dir} has checkpoints but none verifies. Inspect them with "
+                "`srsgd-train inspect`, or start over with --resume none --force."
+            )
+
+    def _read_checkpoint(self, ckpt: Checkpoint) -> dict[str, Any]:
+        b = self.backend
+        self._check_recipe(ckpt)
+        parts = {name: ckpt.load(f"{name}.pt", map_location=b.device) for name in ("model", "optim")}
+        parts["trainer"] = ckpt.load("trainer.pt")
+        rng_name = f"rng/rank_{b.rank:05d}.pt"
+        same_world = ckpt.manifest.get("world_size") == b.world_size and ckpt.has(rng_name)
+        parts["rng"] = ckpt.load(rng_name) if same_world else None
+        if b.is_main:  # every file of a checkpoint must verify, not only the ones we need
+            for entry in ckpt.manifest["files"]:
+                ckpt.verify(entry["path"])
+        return parts
+
+    def _apply_checkpoint(self, ckpt: Checkpoint, parts: dict[str, Any]) -> None:
+        b = self.backend
+        b.load_model_state(parts["model"])
+        b.load_optimizer_state(parts["optim"])
+        trainer = parts["trainer"]
         self.state = TrainState(**trainer["train_state"])
         if self.restart is not None:
             self.restart.load_state_dict(trainer["restart"])
         b.scaler.load_state_dict(trainer["scaler"])
-        rng_name = f"rng/rank_{b.rank:05d}.pt"
-        if ckpt.manifest.get("world_size") == b.world_size and ckpt.has(rng_name):
-            rng.restore(ckpt.load(rng_name))
+        if parts["rng"] is not None:
+            rng.restore(parts["rng"])
         else:
             self.log(f"world size changed ({ckpt.manifest.get('world_size')} -> {b.world_size}): "
                      "per-rank RNG streams are re-seeded; data order and restart phase are unchanged")
@@ -252,9 +280,10 @@ class Trainer:
         if b.is_main:
             self.metrics.truncate_after(self.state.step)
         self.last_saved_step = self.state.step
+        ph = self.phase()
         self.log(f"resumed from {ckpt.path} at step {self.state.step} (epoch {self.state.epoch}, "
-                 f"step {self.state.step_in_epoch} of the epoch); restart phase c={self.phase()['iter_count']} "
-                 f"F={self.phase()['restart_period']}")
+                 f"step {self.state.step_in_epoch} of the epoch); restart phase c={ph['iter_count']} "
+                 f"F={ph['restart_period']}")
 
     def _check_recipe(self, ckpt: Checkpoint) -> None:
         saved = recipe_from_dict(ckpt.load_json("recipe.json"), f"{ckpt.path}/recipe.json").to_dict()

@@ -121,6 +121,77 @@ def inspect(path: str = typer.Argument(..., help="Checkpoint folder, run dir, or
 
 
 @app.command()
+def study(
+    problem: str = typer.Argument(..., help="quadratic | logreg"),
+    oracle: str = typer.Option("exact", help="quadratic: exact | constant-noise | decaying-noise"),
+    iters: int = typer.Option(50_000, help="quadratic: iterations"),
+    mnist: Optional[str] = typer.Option(None, help="logreg: folder with MNIST idx files (default: sklearn digits)"),
+    epochs: int = typer.Option(20, help="logreg: epochs"),
+    out: Path = typer.Option(Path("study"), "--out", help="Folder for the PNG and CSV."),
+) -> None:
+    """The paper's case studies on CPU: the quadratic (Fig. 2) and logistic regression (Fig. 3)."""
+    from srsgd_train.errors import UserError
+    from srsgd_train.studies.plotting import line_plot, write_csv
+
+    if problem == "quadratic":
+        from srsgd_train.studies.quadratic import METHODS, NOTE, ORACLES, run_quadratic
+
+        if oracle not in ORACLES:
+            raise UserError(f"--oracle must be one of {', '.join(ORACLES)}, got {oracle!r}.")
+        print(NOTE)
+        gaps = run_quadratic(oracle, iters)
+        x = list(range(1, iters + 1))
+        write_csv(out / f"quadratic_{oracle}.csv", ["iteration", *METHODS], [x, *[gaps[m] for m in METHODS]])
+        line_plot(out / f"quadratic_{oracle}.png", x, {m: [max(g, 1e-300) for g in gaps[m]] for m in METHODS},
+                  f"quadratic, {oracle} oracle (d=1000, step 1/4)", "iteration", "f(x_k) - f*")
+        rows = [(m, f"{gaps[m][-1]:.3e}") for m in METHODS]
+        title, cols = f"optimality gap after {iters} iterations ({oracle})", ("method", "f(x) - f*")
+    elif problem == "logreg":
+        from srsgd_train.studies.logreg import METHODS, run_logreg
+
+        its, curves, dataset = run_logreg(mnist, epochs=epochs)
+        write_csv(out / "logreg.csv", ["iteration", *METHODS], [its, *[curves[m] for m in METHODS]])
+        line_plot(out / "logreg.png", its, curves, f"logistic regression on {dataset}", "iteration", "training loss")
+        rows = [(m, f"{curves[m][-1]:.4f}") for m in METHODS]
+        title, cols = f"training loss after {epochs} epochs on {dataset}", ("method", "loss")
+    else:
+        raise UserError(f"Unknown study {problem!r}: choose quadratic or logreg.")
+    from rich.table import Table
+
+    t = Table(title=title)
+    for c in cols:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*r)
+    _console().print(t)
+    print(f"wrote {out}/")
+
+
+@app.command()
+def compare(
+    runs: List[str] = typer.Argument(..., help="Run directories (e.g. runs/quickstart runs/quickstart-sgd)."),
+    out: Path = typer.Option(Path("compare.png"), "--out", help="PNG to write."),
+) -> None:
+    """Several runs side by side: loss and test error curves, restart points, a table."""
+    from srsgd_train.compare import load_run, plot_runs, summarize
+
+    loaded = [load_run(r) for r in runs]
+    rows = summarize(loaded)
+    from rich.table import Table
+
+    t = Table(title=f"baseline: {rows[0]['baseline']}")
+    for c in ("run", "optimizer", "final top-1 err", "best top-1 err", "epochs to baseline", "final train loss"):
+        t.add_column(c)
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    for r in rows:
+        t.add_row(r["run"], r["optimizer"], fmt(r["final_top1_err"], ".2f"), fmt(r["best_top1_err"], ".2f"),
+                  fmt(r["epochs_to_baseline"], "d"), fmt(r["final_train_loss"], ".4f"))
+    _console().print(t)
+    plot_runs(loaded, out)
+    print(f"plot written to {out}")
+
+
+@app.command()
 def version() -> None:
     """Print versions."""
     from importlib.metadata import version as v

@@ -112,6 +112,12 @@ class LocalBackend:
     def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
         self.raw_model.load_state_dict(state)
 
+    def local_optimizer_state_bytes(self) -> int:
+        """Bytes of optimizer state this rank holds (its shard, when sharded)."""
+        inner = getattr(self.optimizer, "optim", self.optimizer)  # ZeroRedundancyOptimizer wraps one
+        return sum(t.numel() * t.element_size() for s in inner.state.values() for t in s.values()
+                   if isinstance(t, torch.Tensor))
+
     def optimizer_state(self) -> dict[str, Any] | None:
         """Full optimizer state on the main rank (None elsewhere)."""
         return self.optimizer.state_dict()
@@ -162,11 +168,9 @@ class DDPBackend(LocalBackend):
             return make_optimizer(self.raw_model.parameters())
         from torch.distributed.optim import ZeroRedundancyOptimizer
 
-        probe = make_optimizer([torch.nn.Parameter(torch.zeros(1))])
-        defaults = {k: v for k, v in probe.defaults.items()}
-        if hasattr(probe, "flat") and probe.flat is not None:
+        probe = make_optimizer([torch.nn.Parameter(torch.zeros(1))])  # to learn class and settings
+        if getattr(probe, "flat", None) is not None:
             raise UserError("optimizer.flat is not supported with sharded DDP; set distributed.shard_optimizer=false.")
-        defaults.pop("differentiable", None)
         return ZeroRedundancyOptimizer(
             list(self.raw_model.parameters()), optimizer_class=type(probe), **_ctor_kwargs(probe)
         )

@@ -121,6 +121,38 @@ def inspect(path: str = typer.Argument(..., help="Checkpoint folder, run dir, or
 
 
 @app.command()
+def launch(
+    recipe: str = typer.Argument(..., help="Recipe file or bundled name."),
+    backend: str = typer.Option("ddp", help="ddp (torchrun) | deepspeed"),
+    nodes: int = typer.Option(1, help="Number of nodes."),
+    gpus_per_node: int = typer.Option(1, "--gpus-per-node", help="Processes (GPUs) per node."),
+    nproc: Optional[int] = typer.Option(None, "--nproc", help="N local processes (CPU: gloo); sets --nodes 1."),
+    node_rank: int = typer.Option(0, "--node-rank"),
+    master_addr: Optional[str] = typer.Option(None, "--master-addr"),
+    master_port: int = typer.Option(29500, "--master-port"),
+    hostfile: Optional[str] = typer.Option(None, "--hostfile", help="DeepSpeed hostfile."),
+    set_: Optional[List[str]] = SetOpt,
+    run_dir: Optional[str] = typer.Option(None, "--run-dir"),
+    resume: str = typer.Option("auto", "--resume"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the command instead of running it."),
+) -> None:
+    """Start a multi-process run with torchrun (ddp) or the DeepSpeed launcher."""
+    import os
+
+    from srsgd_train.launch.commands import ClusterShape, RunArgs, build_command, render
+    from srsgd_train.recipe import load_recipe
+
+    load_recipe(recipe, (set_ or []) + [f"distributed.backend={backend}"])  # fail fast, before any process starts
+    shape = ClusterShape(1 if nproc else nodes, nproc or gpus_per_node, node_rank, master_addr, master_port, hostfile)
+    cmd = build_command(backend, RunArgs(recipe, set_ or [], run_dir, resume), shape)
+    if dry_run:
+        print(render(cmd))
+        return
+    sys.stdout.flush()
+    os.execvp(cmd[0], cmd)  # the launcher takes over this process: signals reach it directly
+
+
+@app.command()
 def study(
     problem: str = typer.Argument(..., help="quadratic | logreg"),
     oracle: str = typer.Option("exact", help="quadratic: exact | constant-noise | decaying-noise"),

@@ -178,6 +178,7 @@ class Trainer:
             self.store.begin(step)
         b.barrier()
         entries = [self.store.write_object(folder, f"rng/rank_{b.rank:05d}.pt", rng.capture())]
+        state_bytes = b.all_gather_object(b.local_optimizer_state_bytes())
         model_state = b.model_state()
         optim_state = b.optimizer_state()
         if b.is_main:
@@ -190,7 +191,8 @@ class Trainer:
             entries += [
                 self.store.write_object(folder, "optim.pt", optim_state),
                 self.store.write_object(folder, "trainer.pt", trainer),
-                self.store.write_file(folder, "train_state.json", json.dumps(self.train_state_record(), indent=1).encode()),
+                self.store.write_file(folder, "train_state.json", json.dumps(
+                    {**self.train_state_record(), "optimizer_state_bytes_per_rank": state_bytes}, indent=1).encode()),
                 self.store.write_file(folder, "recipe.json", json.dumps(self.recipe.to_dict()).encode()),
             ]
         gathered = b.all_gather_object(entries)

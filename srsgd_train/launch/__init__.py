@@ -1,0 +1,1 @@
+"""Recipe + cluster shape -> a command line or an sbatch script. Pure functions."""

@@ -30,6 +30,7 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
 class LocalBackend:
     rank = 0
     world_size = 1
+    native_checkpoint = False  # True: the engine writes its own (sharded) files
 
     def __init__(self, recipe: Any) -> None:
         self.recipe = recipe
@@ -70,6 +71,9 @@ class LocalBackend:
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x
 
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
@@ -223,7 +227,6 @@ def build_backend(recipe: Any) -> LocalBackend:
         return LocalBackend(recipe)
     if kind == "ddp":
         return DDPBackend(recipe)
-    raise UserError(
-        "distributed.backend 'deepspeed' is not available in this version yet; use 'ddp' "
-        "(sharded SRSGD via ZeroRedundancyOptimizer) or 'local'."
-    )
+    from srsgd_train.deepspeed_backend import DeepSpeedBackend
+
+    return DeepSpeedBackend(recipe)

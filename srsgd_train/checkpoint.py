@@ -192,6 +192,10 @@ class CheckpointStore:
         self.keep = keep
         self.protected: set[str] = set()  # never deleted: the checkpoint we resumed from
 
+    @property
+    def is_local(self) -> bool:
+        return _is_local(self.fs)
+
     # -- writing ------------------------------------------------------------------------
     def folder(self, step: int) -> str:
         return posixpath.join(self.dir, f"step_{step:08d}")
@@ -222,6 +226,25 @@ class CheckpointStore:
             w = HashingWriter(f, pool)
             torch.save(obj, w)
         return {"path": name, "size": w.size, "sha256": w.hexdigest()}
+
+    def files_under(self, folder: str) -> list[str]:
+        """Relative paths of every file under ``folder`` (the manifest excluded)."""
+        out = []
+        for path in self.fs.find(folder):
+            rel = posixpath.relpath(path, folder)
+            if rel != MANIFEST and not rel.endswith(".tmp"):
+                out.append(rel)
+        return sorted(out)
+
+    def entry_for(self, folder: str, name: str) -> dict[str, Any]:
+        """Manifest entry of a file someone else (DeepSpeed) wrote."""
+        sha = hashlib.sha256()
+        size = 0
+        with self.fs.open(posixpath.join(folder, name), "rb") as f:
+            while chunk := f.read(1 << 24):
+                sha.update(chunk)
+                size += len(chunk)
+        return {"path": name, "size": size, "sha256": sha.hexdigest()}
 
     def commit(self, folder: str, step: int, entries: list[dict[str, Any]], meta: dict[str, Any]) -> None:
         """Write MANIFEST last, then move ``latest``, then apply retention."""

@@ -153,6 +153,38 @@ def launch(
 
 
 @app.command()
+def slurm(
+    recipe: str = typer.Argument(..., help="Recipe file or bundled name."),
+    nodes: int = typer.Option(1, help="Nodes to allocate."),
+    gpus_per_node: int = typer.Option(8, "--gpus-per-node"),
+    nproc_per_node: Optional[int] = typer.Option(None, "--nproc-per-node", help="CPU ranks per node (no GPUs)."),
+    cpus_per_task: Optional[int] = typer.Option(None, "--cpus-per-task"),
+    time: str = typer.Option("24:00:00", "--time", help="SLURM time limit."),
+    partition: Optional[str] = typer.Option(None, "--partition"),
+    account: Optional[str] = typer.Option(None, "--account"),
+    backend: str = typer.Option("ddp", help="ddp (srun + torchrun, c10d rendezvous) | deepspeed"),
+    warning_seconds: int = typer.Option(180, "--warning-seconds", help="Checkpoint this long before the time limit."),
+    set_: Optional[List[str]] = SetOpt,
+    run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Default: runs/<recipe name>, made absolute."),
+) -> None:
+    """Print an sbatch script that checkpoints on SLURM's warning signal and requeues itself."""
+    import os
+
+    from srsgd_train.launch.commands import RunArgs
+    from srsgd_train.launch.slurm import SlurmJob, render_sbatch
+    from srsgd_train.recipe import load_recipe
+
+    r = load_recipe(recipe, (set_ or []) + [f"distributed.backend={backend}"])
+    target = os.path.abspath(run_dir or r.run.dir or f"runs/{r.name}") if "://" not in (run_dir or "") else run_dir
+    job = SlurmJob(nodes, gpus_per_node, cpus_per_task, nproc_per_node, time, partition, account,
+                   f"srsgd-{r.name}"[:64], warning_seconds, backend)
+    script = render_sbatch(job, RunArgs(recipe, set_ or []), target)
+    if "://" not in target:
+        os.makedirs(target, exist_ok=True)  # sbatch opens --output there before the script runs
+    print(script, end="")
+
+
+@app.command()
 def study(
     problem: str = typer.Argument(..., help="quadratic | logreg"),
     oracle: str = typer.Option("exact", help="quadratic: exact | constant-noise | decaying-noise"),

@@ -111,7 +111,7 @@ class Progress:
                              ips=rec["images_per_sec"])
         else:
             print(f"epoch {rec['epoch']} step {rec['step']}/{self.total} loss {rec['loss']:.4f} "
-                  f"lr {rec['lr']:.4g} mu {rec['momentum'] if rec['momentum'] is not None else '-'} "
+                  f"lr {rec['lr']:.4g} mu {_fmt(rec['momentum'])} "
                   f"F {rec['restart_period'] or '-'} c {rec['iter_count'] or '-'} "
                   f"{rec['images_per_sec']:.0f} img/s", flush=True)
 
@@ -140,3 +140,7 @@ class Throughput:
         r = self.images / max(now - self.t0, 1e-9)
         self.t0, self.images = now, 0
         return r
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

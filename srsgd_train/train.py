@@ -32,8 +32,10 @@ from srsgd_train.metrics import MetricsLog, Progress, TensorBoard, Throughput
 from srsgd_train.models import build_model
 from srsgd_train.optim import ARSGD, NASGD, SRSGD, RestartPlan, RestartSchedule, momentum_of
 from srsgd_train.optim.restart import exponential_periods, linear_periods
-from srsgd_train.optim.srsgd import shared_iter_count
+from srsgd_train.optim.srsgd import set_phase, shared_iter_count
 from srsgd_train.recipe import Recipe, recipe_from_dict
+
+STOP_POLL_SECONDS = 2.0  # how often rank 0 looks for <run_dir>/STOP
 
 # Keys that may differ between the saved recipe and the one a run resumes with.
 RESUMABLE_CHANGES = (
@@ -94,6 +96,7 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.from_file = False
         self._old: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -123,6 +126,7 @@ class Trainer:
         self.state = TrainState()
         self.stop = StopFlag()
         self.last_saved_step = -1
+        self._next_stop_poll = 0.0
 
     def log(self, text: str) -> None:
         if self.backend.is_main:
@@ -149,7 +153,11 @@ class Trainer:
             self.plan = restart_plan(r, spe)
             self.restart = RestartSchedule(self.optimizer, self.plan)
         self.store = CheckpointStore(self.run_dir, keep=r.checkpoint.keep)
+        if self.backend.native_checkpoint and not self.store.is_local:
+            raise UserError(f"The DeepSpeed backend writes its checkpoint shards itself and needs a local or "
+                            f"shared filesystem run dir, not {self.run_dir}.")
         self.metrics = MetricsLog(self.run_dir, enabled=self.backend.is_main)
+        self.stop_file = posixpath.join(self.root, "STOP")
         rng.seed_everything(r.run.seed + 1 + self.backend.rank)  # per-rank streams from here on
         return self
 
@@ -181,22 +189,33 @@ class Trainer:
         state_bytes = b.all_gather_object(b.local_optimizer_state_bytes())
         model_state = b.model_state()
         optim_state = b.optimizer_state()
+        if b.native_checkpoint:
+            b.save_native(folder)  # the engine's own sharded files, inside our folder
         if b.is_main:
+            groups = self.optimizer.param_groups
             trainer = {"restart": self.restart.state_dict() if self.restart else None,
-                       "scaler": b.scaler.state_dict(), "train_state": asdict(self.state)}
+                       "scaler": b.scaler.state_dict(), "train_state": asdict(self.state),
+                       "phase": {"iter_count": groups[0].get("iter_count"),
+                                 "restart_period": groups[0].get("restart_period")}}
             entries += [
                 self.store.write_object(folder, "model.pt", model_state),
             ]
             _fault("kill_in_save", step)
+            if optim_state is not None:
+                entries.append(self.store.write_object(folder, "optim.pt", optim_state))
             entries += [
-                self.store.write_object(folder, "optim.pt", optim_state),
                 self.store.write_object(folder, "trainer.pt", trainer),
                 self.store.write_file(folder, "train_state.json", json.dumps(
                     {**self.train_state_record(), "optimizer_state_bytes_per_rank": state_bytes}, indent=1).encode()),
                 self.store.write_file(folder, "recipe.json", json.dumps(self.recipe.to_dict()).encode()),
             ]
         gathered = b.all_gather_object(entries)
+        b.barrier()
         if b.is_main:
+            if b.native_checkpoint:  # hash the engine's files too (shared filesystem)
+                known = {e["path"] for es in gathered for e in es}
+                gathered.append([self.store.entry_for(folder, p) for p in self.store.files_under(folder)
+                                 if p not in known])
             self.metrics.flush()
             self.store.commit(folder, step, [e for es in gathered for e in es],
                               {"world_size": b.world_size, "recipe_hash": self.recipe.digest(), "reason": reason})
@@ -253,7 +272,8 @@ class Trainer:
     def _read_checkpoint(self, ckpt: Checkpoint) -> dict[str, Any]:
         b = self.backend
         self._check_recipe(ckpt)
-        parts = {name: ckpt.load(f"{name}.pt", map_location=b.device) for name in ("model", "optim")}
+        parts = {"model": ckpt.load("model.pt", map_location=b.device),
+                 "optim": None if b.native_checkpoint else ckpt.load("optim.pt", map_location=b.device)}
         parts["trainer"] = ckpt.load("trainer.pt")
         rng_name = f"rng/rank_{b.rank:05d}.pt"
         same_world = ckpt.manifest.get("world_size") == b.world_size and ckpt.has(rng_name)
@@ -265,9 +285,16 @@ class Trainer:
 
     def _apply_checkpoint(self, ckpt: Checkpoint, parts: dict[str, Any]) -> None:
         b = self.backend
-        b.load_model_state(parts["model"])
-        b.load_optimizer_state(parts["optim"])
+        if b.native_checkpoint:
+            b.load_native(ckpt.path, ckpt.manifest["world_size"])
+        else:
+            b.load_model_state(parts["model"])
+            b.load_optimizer_state(parts["optim"])
         trainer = parts["trainer"]
+        if b.native_checkpoint and trainer["phase"]["iter_count"] is not None:
+            # DeepSpeed's elastic restore does not bring param-group keys back: restore the
+            # saved phase, which _verify_phase then checks against the schedule
+            set_phase(self.optimizer.param_groups, trainer["phase"]["iter_count"], trainer["phase"]["restart_period"])
         self.state = TrainState(**trainer["train_state"])
         if self.restart is not None:
             self.restart.load_state_dict(trainer["restart"])
@@ -348,7 +375,7 @@ class Trainer:
                                   pin_memory=r.data.pin_memory and b.device.type == "cuda")
             self.model.train()
             for x, y in loader:
-                x = x.to(b.device, non_blocking=True)
+                x = b.prepare_input(x.to(b.device, non_blocking=True))
                 y = y.to(b.device, non_blocking=True)
                 if r.train.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -401,7 +428,10 @@ class Trainer:
                 if due and st.step != self.last_saved_step:
                     path = self.save("signal" if stop else "schedule")
                     if stop:
-                        progress.message(f"signal {self.stop.signum}: checkpoint {path} written; exiting")
+                        if self.stop.from_file and b.is_main:
+                            self.fs.rm(self.stop_file)  # consumed: the requeued job must run on
+                        progress.message(f"stop requested ({'STOP file' if self.stop.from_file else 'signal ' + str(self.stop.signum)}): "
+                                         f"checkpoint {path} written; exiting")
                         return {"status": "preempted", "step": st.step, "checkpoint": path}
                 if st.step >= end_step or epoch_done:
                     break
@@ -410,6 +440,13 @@ class Trainer:
         return {"status": "finished", "step": st.step, "eval": last_eval}
 
     def _stop_requested(self) -> bool:
+        """A signal, or a STOP file in the run dir (written by the sbatch script's trap),
+        asks for a checkpoint and a clean exit; all ranks agree at the same step."""
+        if self.backend.is_main and self.stop.signum is None and time.monotonic() >= self._next_stop_poll:
+            self._next_stop_poll = time.monotonic() + STOP_POLL_SECONDS
+            if self.fs.exists(self.stop_file):
+                self.stop.signum = signal.SIGUSR1
+                self.stop.from_file = True
         flag = torch.tensor([1.0 if self.stop.signum is not None else 0.0])
         if self.backend.world_size > 1:
             flag = self.backend.all_reduce_sum(flag.to(self.backend.device)).cpu()
@@ -426,7 +463,7 @@ class Trainer:
                               workers=r.data.workers, pin_memory=r.data.pin_memory and b.device.type == "cuda")
         sums = torch.zeros(4, dtype=torch.float64, device=b.device)  # loss, top1, top5, count
         for x, y in loader:
-            x, y = x.to(b.device), y.to(b.device)
+            x, y = b.prepare_input(x.to(b.device)), y.to(b.device)
             with b.autocast():
                 out = self.model(x)
             out = out.float()

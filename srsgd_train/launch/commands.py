@@ -74,7 +74,8 @@ def deepspeed_command(run: RunArgs, shape: ClusterShape, python: str = sys.execu
     cmd += [f"--num_gpus={shape.procs_per_node}"]
     if shape.master_addr:
         cmd += [f"--master_addr={shape.master_addr}"]
-    cmd += [f"--master_port={shape.master_port}", "--module", "srsgd_train.cli", *run.cli_args("deepspeed")]
+    cmd += [f"--master_port={shape.master_port}", "--no_local_rank", "--module", "srsgd_train.cli",
+            *run.cli_args("deepspeed")]
     return cmd
 
 

@@ -166,6 +166,7 @@ def slurm(
     warning_seconds: int = typer.Option(180, "--warning-seconds", help="Checkpoint this long before the time limit."),
     set_: Optional[List[str]] = SetOpt,
     run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Default: runs/<recipe name>, made absolute."),
+    python: str = typer.Option(sys.executable, "--python", help="Python on the compute nodes (default: this one)."),
 ) -> None:
     """Print an sbatch script that checkpoints on SLURM's warning signal and requeues itself."""
     import os
@@ -178,7 +179,7 @@ def slurm(
     target = os.path.abspath(run_dir or r.run.dir or f"runs/{r.name}") if "://" not in (run_dir or "") else run_dir
     job = SlurmJob(nodes, gpus_per_node, cpus_per_task, nproc_per_node, time, partition, account,
                    f"srsgd-{r.name}"[:64], warning_seconds, backend)
-    script = render_sbatch(job, RunArgs(recipe, set_ or []), target)
+    script = render_sbatch(job, RunArgs(recipe, set_ or []), target, python)
     if "://" not in target:
         os.makedirs(target, exist_ok=True)  # sbatch opens --output there before the script runs
     print(script, end="")

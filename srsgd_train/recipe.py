@@ -78,7 +78,7 @@ class OptimizerCfg(Section):
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
     nesterov: bool = False
     counting: Literal["paper", "reference"] = "paper"
-    impl: Literal["foreach", "single", "fused"] = "foreach"
+    impl: Literal["auto", "foreach", "single", "fused"] = "auto"
     flat: bool = False
     restart: RestartCfg = RestartCfg(kind="constant", period=40)
 

@@ -8,7 +8,7 @@ from srsgd_train.optim.reference import ReferenceSRSGD
 from srsgd_train import ARSGD, NASGD, SRSGD
 from srsgd_train.optim import momentum_of
 
-IMPLS = ["single", "foreach", pytest.param("fused", marks=pytest.mark.slow)]
+IMPLS = ["auto", "single", "foreach", pytest.param("fused", marks=pytest.mark.slow)]
 
 
 def make_model(seed=0, dtype=torch.float32):
@@ -225,3 +225,18 @@ def test_nasgd_never_restarts_and_arsgd_restarts_when_loss_rises():
     assert ar.iter_count == 2
     with pytest.raises(ValueError, match="loss"):
         ar.step()
+
+
+def test_fused_with_thousands_of_tensors_warns_and_uses_the_unfused_path():
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(3)) for _ in range(600)]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    for p, q in zip(a, b):
+        p.grad = torch.randn(3)
+        q.grad = p.grad.clone()
+    fused = SRSGD(a, lr=0.1, weight_decay=1e-4, impl="fused")
+    single = SRSGD(b, lr=0.1, weight_decay=1e-4, impl="single")
+    with pytest.warns(UserWarning, match="flat=True"):
+        fused.step()
+    single.step()
+    assert all(torch.equal(p, q) for p, q in zip(a, b))

@@ -52,6 +52,6 @@ def _warn_too_many() -> None:
 
     warnings.warn(
         f"SRSGD impl='fused' got more than {MAX_TENSORS} tensors in one param group; compiling that "
-        "would take minutes, so the foreach path is used. Pass flat=True for a single-pass step.",
+        "would take minutes, so the unfused path is used. Pass flat=True for a single-pass step.",
         stacklevel=4,
     )

@@ -11,8 +11,9 @@ Counting. ``counting="paper"`` (default) restarts every ``F`` steps as eq. (8)/(
 ``c`` runs 1..F. ``counting="reference"`` reproduces the Appendix F code, where
 ``update_iter`` resets once ``c >= F``, so ``c`` runs 1..F-1 (period F-1).
 
-Implementations (same maths, same results to fp32 rounding):
-``impl="foreach"`` (default; grouped by device and dtype like ``torch.optim.SGD``, the same
+Implementations (same maths, same results to fp32 rounding): ``impl="auto"`` (default)
+picks foreach for CUDA tensors and single on CPU, as torch's own optimizers do;
+``impl="foreach"`` (grouped by device and dtype like ``torch.optim.SGD``, the same
 number of memory passes and one parameter-sized temporary per step, as SGD with weight
 decay), ``impl="single"`` (a loop over tensors) and ``impl="fused"`` (a ``torch.compile``-d
 program that reads p, g, v once and writes p, v once; lr, wd and mu are 0-d tensors, so a
@@ -32,7 +33,7 @@ from torch.optim import Optimizer
 
 from srsgd_train.optim.flat import FlatStorage
 
-IMPLS = ("foreach", "single", "fused")
+IMPLS = ("auto", "foreach", "single", "fused")
 COUNTINGS = ("paper", "reference")
 
 
@@ -91,8 +92,9 @@ class SRSGD(Optimizer):
         restart_period: F, steps between restarts (>= 1); ``None`` never restarts (NAG).
         iter_count: starting value of the restart counter c (>= 1).
         counting: ``"paper"`` (period F) or ``"reference"`` (Appendix F code, period F-1).
-        impl: ``"foreach"`` | ``"single"`` | ``"fused"``; ``foreach=False`` is an alias of
-            ``impl="single"`` for torch-style call sites.
+        impl: ``"auto"`` (default: foreach for CUDA tensors, single on CPU, as torch's
+            optimizers choose) | ``"foreach"`` | ``"single"`` | ``"fused"``; ``foreach=True/False``
+            are aliases of ``impl="foreach"/"single"`` for torch-style call sites.
         flat: keep parameters/gradients/buffers in flat per-group storage.
 
     Example::
@@ -122,7 +124,7 @@ class SRSGD(Optimizer):
         if counting not in COUNTINGS:
             raise ValueError(f"counting must be one of {COUNTINGS}, got {counting!r}")
         if impl is None:
-            impl = "single" if foreach is False else "foreach"
+            impl = {None: "auto", False: "single", True: "foreach"}[foreach]
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         defaults = dict(
@@ -203,17 +205,19 @@ def srsgd_update(
     lr: float,
     weight_decay: float,
     momentum: float,
-    impl: str = "foreach",
+    impl: str = "auto",
 ) -> None:
     """Functional SRSGD step. Updates ``params`` in place. ``impl="fused"`` writes v_{k+1}
     into ``bufs`` in place; the other impls form v_{k+1} in one new tensor (as SGD's
     weight-decay temporary) and put it into the list ``bufs``, replacing v_k."""
+    if impl == "auto":  # CPU: one tensor at a time stays in cache; GPU: fewer launches
+        impl = "foreach" if all(p.is_cuda for p in params) else "single"
     if impl == "fused":
         from srsgd_train.optim.fused import fused_srsgd_
 
         if fused_srsgd_(params, grads, bufs, lr=lr, weight_decay=weight_decay, momentum=momentum):
             return
-        impl = "foreach"
+        impl = "foreach" if all(p.is_cuda for p in params) else "single"
     if impl == "foreach":
         _foreach_srsgd(params, grads, bufs, lr, weight_decay, momentum)
         return

@@ -106,9 +106,6 @@ class LocalBackend:
     def barrier(self) -> None:
         pass
 
-    def broadcast_object(self, obj: Any) -> Any:
-        return obj
-
     # -- state --------------------------------------------------------------------------
     def model_state(self) -> dict[str, torch.Tensor]:
         return self.raw_model.state_dict()
@@ -118,9 +115,7 @@ class LocalBackend:
 
     def local_optimizer_state_bytes(self) -> int:
         """Bytes of optimizer state this rank holds (its shard, when sharded)."""
-        inner = getattr(self.optimizer, "optim", self.optimizer)  # ZeroRedundancyOptimizer wraps one
-        return sum(t.numel() * t.element_size() for s in inner.state.values() for t in s.values()
-                   if isinstance(t, torch.Tensor))
+        return state_bytes(getattr(self.optimizer, "optim", self.optimizer))  # ZeRO wraps one
 
     def optimizer_state(self) -> dict[str, Any] | None:
         """Full optimizer state on the main rank (None elsewhere)."""
@@ -133,6 +128,30 @@ class LocalBackend:
         pass
 
 
+def state_bytes(optimizer: Any) -> int:
+    return sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
+               if isinstance(t, torch.Tensor))
+
+
+class Collectives:
+    """torch.distributed collectives for the multi-process backends (``self.dist``)."""
+
+    dist: Any
+    world_size: int
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        self.dist.all_reduce(t)
+        return t
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        out: list[Any] = [None] * self.world_size
+        self.dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        self.dist.barrier()
+
+
 def _wants_loss(optimizer: Any) -> bool:
     from srsgd_train.optim import ARSGD
 
@@ -140,7 +159,7 @@ def _wants_loss(optimizer: Any) -> bool:
     return isinstance(inner, ARSGD)
 
 
-class DDPBackend(LocalBackend):
+class DDPBackend(Collectives, LocalBackend):
     """torchrun-launched DistributedDataParallel; gloo on CPU, NCCL on GPU."""
 
     def __init__(self, recipe: Any) -> None:
@@ -179,29 +198,11 @@ class DDPBackend(LocalBackend):
             list(self.raw_model.parameters()), optimizer_class=type(probe), **_ctor_kwargs(probe)
         )
 
-    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        self.dist.all_reduce(t)
-        return t
-
-    def all_gather_object(self, obj: Any) -> list[Any]:
-        out: list[Any] = [None] * self.world_size
-        self.dist.all_gather_object(out, obj)
-        return out
-
-    def barrier(self) -> None:
-        self.dist.barrier()
-
-    def broadcast_object(self, obj: Any) -> Any:
-        box = [obj]
-        self.dist.broadcast_object_list(box, src=0)
-        return box[0]
-
     def optimizer_state(self) -> dict[str, Any] | None:
         from torch.distributed.optim import ZeroRedundancyOptimizer
 
         if isinstance(self.optimizer, ZeroRedundancyOptimizer):
-            self.optimizer.consolidate_state_dict(to=0)
-            return self.optimizer.state_dict() if self.rank == 0 else None
+            self.optimizer.consolidate_state_dict(to=0)  # collective: every rank takes part
         return self.optimizer.state_dict() if self.rank == 0 else None
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from srsgd_train.backends import LocalBackend
+from srsgd_train.backends import Collectives, LocalBackend, state_bytes
 from srsgd_train.errors import UserError
 
 TAG = "deepspeed"
@@ -34,7 +34,7 @@ def _import_deepspeed():
     return deepspeed
 
 
-class DeepSpeedBackend(LocalBackend):
+class DeepSpeedBackend(Collectives, LocalBackend):
     native_checkpoint = True
 
     def __init__(self, recipe: Any) -> None:
@@ -105,20 +105,7 @@ class DeepSpeedBackend(LocalBackend):
         return None  # native shards instead
 
     def local_optimizer_state_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for s in self.base_optimizer.state.values()
-                   for t in s.values() if isinstance(t, torch.Tensor))
-
-    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        self.dist.all_reduce(t)
-        return t
-
-    def all_gather_object(self, obj: Any) -> list[Any]:
-        out: list[Any] = [None] * self.world_size
-        self.dist.all_gather_object(out, obj)
-        return out
-
-    def barrier(self) -> None:
-        self.dist.barrier()
+        return state_bytes(self.base_optimizer)
 
     def save_native(self, folder: str) -> None:
         self.engine.save_checkpoint(folder, tag=TAG, client_state={}, save_latest=False)

@@ -151,6 +151,13 @@ class Collectives:
     def barrier(self) -> None:
         self.dist.barrier()
 
+    def close(self) -> None:
+        # every rank must be done with every collective before the process group goes:
+        # tearing down gloo while a peer still talks to it aborts the process
+        if self.dist.is_initialized():
+            self.dist.barrier()
+            self.dist.destroy_process_group()
+
 
 def _wants_loss(optimizer: Any) -> bool:
     from srsgd_train.optim import ARSGD
@@ -205,9 +212,7 @@ class DDPBackend(Collectives, LocalBackend):
             self.optimizer.consolidate_state_dict(to=0)  # collective: every rank takes part
         return self.optimizer.state_dict() if self.rank == 0 else None
 
-    def close(self) -> None:
-        if self.dist.is_initialized():
-            self.dist.destroy_process_group()
+
 
 
 def _ctor_kwargs(probe: Any) -> dict[str, Any]:

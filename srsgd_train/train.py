@@ -426,13 +426,14 @@ class Trainer:
                 due = (ckpt_cfg.every_steps and st.step % ckpt_cfg.every_steps == 0) or \
                       (epoch_done and ckpt_cfg.at_epoch_end) or stop or st.step == end_step
                 if due and st.step != self.last_saved_step:
-                    path = self.save("signal" if stop else "schedule")
-                    if stop:
-                        if self.stop.from_file and b.is_main:
-                            self.fs.rm(self.stop_file)  # consumed: the requeued job must run on
-                        progress.message(f"stop requested ({'STOP file' if self.stop.from_file else 'signal ' + str(self.stop.signum)}): "
-                                         f"checkpoint {path} written; exiting")
-                        return {"status": "preempted", "step": st.step, "checkpoint": path}
+                    self.save("signal" if stop else "schedule")
+                if stop:
+                    path = self.store.folder(self.last_saved_step)
+                    if self.stop.from_file and b.is_main:
+                        self.fs.rm(self.stop_file)  # consumed: the requeued job must run on
+                    why = "STOP file" if self.stop.from_file else f"signal {self.stop.signum}"
+                    progress.message(f"stop requested ({why}): checkpoint {path} written; exiting")
+                    return {"status": "preempted", "step": st.step, "checkpoint": path}
                 if st.step >= end_step or epoch_done:
                     break
         if last_eval is None or last_eval["step"] != st.step:

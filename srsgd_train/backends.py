@@ -76,6 +76,10 @@ class LocalBackend:
         return x
 
     def backward(self, loss: torch.Tensor) -> None:
+        # drop the previous step's gradients only now, after the forward pass: backward then
+        # reuses their memory block for block (freeing them before the forward lets the
+        # activations take those blocks, and large new gradients come from fresh pages)
+        self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
 
     def step(self, loss_value: float) -> bool:
@@ -93,7 +97,6 @@ class LocalBackend:
         else:
             self.optimizer.step(**kwargs)
             applied = True
-        self.optimizer.zero_grad(set_to_none=True)
         return applied
 
     # -- collectives (trivial here) -----------------------------------------------------

@@ -131,6 +131,13 @@ class LocalBackend:
         pass
 
 
+def require_launcher(backend: str, how: str) -> None:
+    """Multi-process backends need the RANK/WORLD_SIZE environment a launcher sets."""
+    if "RANK" not in os.environ:
+        raise UserError(f"distributed.backend is '{backend}' but this process was not started by a "
+                        f"launcher. Use {how} to start the ranks.")
+
+
 def state_bytes(optimizer: Any) -> int:
     return sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
                if isinstance(t, torch.Tensor))
@@ -175,11 +182,7 @@ class DDPBackend(Collectives, LocalBackend):
     def __init__(self, recipe: Any) -> None:
         import torch.distributed as dist
 
-        if "RANK" not in os.environ:
-            raise UserError(
-                "distributed.backend is 'ddp' but this process was not started by torchrun. "
-                "Use `srsgd-train launch RECIPE --nproc N` (or torchrun) to start the ranks."
-            )
+        require_launcher("ddp", "`srsgd-train launch RECIPE --nproc N` (or torchrun)")
         super().__init__(recipe)
         if not dist.is_initialized():
             backend = "nccl" if self.device.type == "cuda" else "gloo"

@@ -37,14 +37,6 @@ class CheckpointError(UserError):
     pass
 
 
-def to_bytes(obj: Any) -> bytes:
-    import torch
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
 def from_bytes(data: bytes, map_location: Any = "cpu") -> Any:
     import torch
 

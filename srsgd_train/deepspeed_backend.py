@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from srsgd_train.backends import Collectives, LocalBackend, state_bytes
+from srsgd_train.backends import Collectives, LocalBackend, require_launcher, state_bytes
 from srsgd_train.errors import UserError
 
 TAG = "deepspeed"
@@ -38,11 +38,7 @@ class DeepSpeedBackend(Collectives, LocalBackend):
     native_checkpoint = True
 
     def __init__(self, recipe: Any) -> None:
-        if "RANK" not in os.environ:
-            raise UserError(
-                "distributed.backend is 'deepspeed' but this process was not started by a launcher. "
-                "Use `srsgd-train launch RECIPE --backend deepspeed --nproc N` (or the deepspeed launcher)."
-            )
+        require_launcher("deepspeed", "`srsgd-train launch RECIPE --backend deepspeed --nproc N` (or deepspeed)")
         super().__init__(recipe)
         self.ds = _import_deepspeed()
         import torch.distributed as dist

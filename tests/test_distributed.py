@@ -1,7 +1,5 @@
 """Real multi-process runs on CPU (gloo), started the way users start them: srsgd-train launch."""
 
-import json
-import signal
 
 import pytest
 import torch

@@ -1,12 +1,10 @@
 """Kill a run at any moment, re-run the same command, get exactly the run it would have had."""
 
 import json
-import os
 import random
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -61,7 +59,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, reference, kill_step
     state = ck.load_json("train_state.json")
     assert state["step_in_epoch"] not in (0,) and state["restart_phase"]["iter_count"] not in (1,)
     out = trained(run)
-    assert f"resumed from" in out.stdout and f"at step {ck.step}" in out.stdout
+    assert "resumed from" in out.stdout and f"at step {ck.step}" in out.stdout
     assert_same_run(reference, run)
 
 
@@ -145,7 +143,7 @@ def test_inspect_shows_the_restart_phase(tmp_path):
 def test_memory_run_dir_end_to_end():
     from srsgd_train.inspect import describe
     from srsgd_train.recipe import load_recipe
-    from srsgd_train.train import Trainer, run_training
+    from srsgd_train.train import run_training
 
     overrides = RECIPE[2::2] + ["run.tensorboard=false"]
     first = run_training(load_recipe("quickstart", overrides + ["train.max_steps=10"]), "memory://runs/mem", show_progress=False)

@@ -1,7 +1,4 @@
-import json
-
 import pytest
-import torch
 
 from helpers import cli
 from srsgd_train.metrics import read_metrics

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 
 from srsgd_train.errors import UserError
-from srsgd_train.launch.commands import ClusterShape, RunArgs, deepspeed_command, render, torchrun_command
+from srsgd_train.launch.commands import ClusterShape, RunArgs, deepspeed_command, torchrun_command
 
 
 @dataclass(frozen=True)

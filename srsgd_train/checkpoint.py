@@ -113,11 +113,16 @@ class Checkpoint:
             "(truncated, corrupted or modified)."
         )
 
-    def read(self, name: str) -> bytes:
+    def _fetch(self, name: str) -> tuple[dict[str, Any], bytes]:
+        """The file's manifest entry and its bytes, with the size already checked."""
         entry = self._entry(name)
         data = self.fs.cat_file(posixpath.join(self.path, name))
         if len(data) != entry["size"]:
             raise self._mismatch(name)
+        return entry, data
+
+    def read(self, name: str) -> bytes:
+        entry, data = self._fetch(name)
         if name not in self.verified:  # each file is hashed once per open
             if hashlib.sha256(data).hexdigest() != entry["sha256"]:
                 raise self._mismatch(name)
@@ -130,10 +135,7 @@ class Checkpoint:
     def load(self, name: str, map_location: Any = "cpu") -> Any:
         """Read, verify and deserialize; hashing runs beside deserialization (on a thread)
         and the result is used only if the hash matches."""
-        entry = self._entry(name)
-        data = self.fs.cat_file(posixpath.join(self.path, name))
-        if len(data) != entry["size"]:
-            raise self._mismatch(name)
+        entry, data = self._fetch(name)
         if name in self.verified:
             return from_bytes(data, map_location)
         with ThreadPoolExecutor(1) as pool:

@@ -26,7 +26,6 @@ def load_run(run_dir: str) -> dict[str, Any]:
     train = [r for r in records if "split" not in r]
     evals = [r for r in records if r.get("split") == "test"]
     # restart points: from the logged counter when every step is logged, else the plan
-    restarts = [r["step"] for r in train if r.get("iter_count") == 1]
     if recipe.optimizer.name == "srsgd" and train and evals and recipe.run.log_every > 1:
         from srsgd_train.train import restart_plan
 
@@ -34,6 +33,8 @@ def load_run(run_dir: str) -> dict[str, Any]:
         plan = restart_plan(recipe, spe)
         last = train[-1]["step"]
         restarts = [s + 1 for s in plan.table().restarts() if s < last]
+    else:
+        restarts = [r["step"] for r in train if r.get("iter_count") == 1]
     return {"dir": run_dir, "name": Path(root).name, "recipe": recipe, "train": train, "evals": evals,
             "restarts": restarts}
 

@@ -210,14 +210,14 @@ def srsgd_update(
     """Functional SRSGD step. Updates ``params`` in place. ``impl="fused"`` writes v_{k+1}
     into ``bufs`` in place; the other impls form v_{k+1} in one new tensor (as SGD's
     weight-decay temporary) and put it into the list ``bufs``, replacing v_k."""
-    if impl == "auto":  # CPU: one tensor at a time stays in cache; GPU: fewer launches
-        impl = "foreach" if all(p.is_cuda for p in params) else "single"
+    if impl == "auto":
+        impl = _unfused_default(params)
     if impl == "fused":
         from srsgd_train.optim.fused import fused_srsgd_
 
         if fused_srsgd_(params, grads, bufs, lr=lr, weight_decay=weight_decay, momentum=momentum):
             return
-        impl = "foreach" if all(p.is_cuda for p in params) else "single"
+        impl = _unfused_default(params)
     if impl == "foreach":
         _foreach_srsgd(params, grads, bufs, lr, weight_decay, momentum)
         return
@@ -231,6 +231,11 @@ def srsgd_update(
 #   d <- p                    (d holds v_{k+1})
 #   p = p + mu * (p - v_k)    (lerp towards v_k with weight -mu: p = w_{k+1})
 # and v_k's tensor is released. Without weight decay, d starts as p - lr * g.
+
+
+def _unfused_default(params: list[torch.Tensor]) -> str:
+    """CPU: one tensor at a time stays in cache across its ops; GPU: foreach, fewer launches."""
+    return "foreach" if all(p.is_cuda for p in params) else "single"
 
 
 def _single_tensor_srsgd(params, grads, bufs, lr, wd, mu) -> None:
